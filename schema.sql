@@ -117,6 +117,7 @@ CREATE TABLE IF NOT EXISTS token_state (
     total_supply            TEXT NOT NULL DEFAULT '0',
     identity_registry       TEXT,
     compliance              TEXT,
+    metadata                TEXT,             -- JSON: uri, custom metadata keys, permanent delegate...
     last_updated_block      INTEGER NOT NULL,
     PRIMARY KEY (chain, token)
 ) STRICT, WITHOUT ROWID;
@@ -135,6 +136,7 @@ CREATE TABLE IF NOT EXISTS token_state_history (
     total_supply            TEXT NOT NULL,
     identity_registry       TEXT,
     compliance              TEXT,
+    metadata                TEXT,
     PRIMARY KEY (chain, token, block_number)
 ) STRICT, WITHOUT ROWID;
 

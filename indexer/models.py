@@ -53,7 +53,10 @@ class Event:
 
     Only events with `moves_balance` change balances (ERC-20 Transfer, SPL mint/burn/transfer);
     companion events (Issued, ForcedTransfer, TransferShares...) are recorded but never move a balance.
-    `token_update` sets token state fields (name, symbol, decimals, paused, multiplier...);
+    `token_update` sets token state fields (name, symbol, decimals, paused, identity_registry, compliance),
+    `multiplier` = (base, next, effective_at) as stated by the event (ERC-8056), `multiplier_schedule` =
+    (new, effective_at) applied to the stored state by the Token-2022 ScaledUiAmount rule, and
+    `meta:<key>` = free-form metadata (uri, custom keys, permanent delegate) kept with old -> new;
     `holder_update` sets holder state fields of `holder` (frozen, frozen_delta, registered, country...).
     `action` names an explicit corporate action (type, old, new) where state alone cannot express it
     (recovery: old wallet -> new wallet); state-derived actions (rename, split, pause) are derived by the
@@ -75,6 +78,9 @@ class Event:
     action: tuple[str, str | None, str | None] | None = None
     # tells apart several events decoded from one log (a registry event applies to each bound token)
     sub: int = 0
+    # a balance movement whose other side is outside the cap table (e.g. a Token-2022 confidential
+    # balance): from/to None then means "elsewhere", not mint/burn, so total supply is unchanged
+    external: bool = False
 
 
 @dataclass(frozen=True, slots=True)

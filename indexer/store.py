@@ -39,7 +39,7 @@ class IntegrityError(DatabaseError):
 
 
 TOKEN_FIELDS = ("name", "symbol", "decimals", "multiplier", "multiplier_next", "multiplier_effective_at",
-                "paused", "total_supply", "identity_registry", "compliance")
+                "paused", "total_supply", "identity_registry", "compliance", "metadata")
 HOLDER_FIELDS = ("frozen", "frozen_amount", "registered", "country", "identity")
 _ACTION_FOR_FIELD = {"name": "name_change", "symbol": "symbol_change", "decimals": "decimals_change",
                      "identity_registry": "identity_registry_change", "compliance": "compliance_change"}
@@ -377,7 +377,7 @@ class Store:
                     balances[key] = new
                     dirty_balances[key] = (new, n, ts)
                     rows.ledger.append((pos << 1 | 1, ch, token, to, n, ev.log_index, str(amount), pad_u256(new)))
-                if minted != burned:
+                if minted != burned and not ev.external:
                     state = self._token(token)
                     before = state["total_supply"]
                     after = before + amount if minted else before - amount
@@ -423,6 +423,29 @@ class Store:
                 rows.actions.append((ch, ev.token, "split", n, ref.hash, ev.transaction_hash, ev.log_index, old, new,
                                      json.dumps({"effective_at": eff if eff is not None else ref.timestamp,
                                                  "event": ev.event_type}), ref.timestamp))
+            elif field == "multiplier_schedule":
+                # Token-2022 ScaledUiAmount UpdateMultiplier: promote a matured pending multiplier, then
+                # schedule the new one (in force at once when its time has come)
+                new, eff = value
+                ts = ref.timestamp
+                old = multiplier_in_force(state["multiplier"], state["multiplier_next"],
+                                          state["multiplier_effective_at"], ts)
+                state["multiplier"] = new if ts >= eff else old
+                state["multiplier_next"], state["multiplier_effective_at"] = new, eff
+                rows.actions.append((ch, ev.token, "split", n, ref.hash, ev.transaction_hash, ev.log_index, old, new,
+                                     json.dumps({"effective_at": eff, "event": ev.event_type}), ts))
+            elif field.startswith("meta:"):
+                key = field[5:]
+                meta = json.loads(state["metadata"]) if state["metadata"] else {}
+                old = meta.get(key)
+                if value is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = value
+                state["metadata"] = json.dumps(meta, sort_keys=True, separators=(",", ":")) if meta else None
+                if old != value:
+                    rows.actions.append((ch, ev.token, "metadata_change", n, ref.hash, ev.transaction_hash,
+                                         ev.log_index, old, value, json.dumps({"field": key}), ref.timestamp))
             elif field == "paused":
                 old = bool(state["paused"])
                 state["paused"] = bool(value)
@@ -486,7 +509,7 @@ class Store:
     def _token_row(s: dict) -> tuple:
         return (s["name"], s["symbol"], s["decimals"], s["multiplier"], s["multiplier_next"],
                 s["multiplier_effective_at"], int(bool(s["paused"])), str(s["total_supply"]),
-                s["identity_registry"], s["compliance"])
+                s["identity_registry"], s["compliance"], s["metadata"])
 
     def _holder(self, key: tuple[str, str]) -> dict:
         state = self._holders.get(key)
