@@ -89,6 +89,20 @@ class EvmSource:
 
         await self.ws.subscribe("eth_subscribe", ["newHeads"], on_head)
 
+    @property
+    def display_url(self) -> str:
+        return self.ws.display_url
+
+    @property
+    def close_reason(self) -> str:
+        return self.ws.close_reason
+
+    async def wake_head(self) -> int:
+        """The head after a wake-up: the newHeads notification carries it."""
+        if self.latest_head is not None:
+            return self.latest_head.number
+        return await self.head_number()
+
     async def chain_id(self) -> int:
         return int(await self.history.request("eth_chainId"), 16)
 
@@ -181,3 +195,59 @@ class EvmSource:
 
     async def total_supply(self, token: str, block: int) -> int:
         return decode_uint_result(await self._call(token, SEL_TOTAL_SUPPLY, block))
+
+
+class EvmFetcher:
+    """What the shared pipeline asks of a chain, for EVM: blocks with their logs, linked or by range."""
+
+    target_items = 10_000  # eth_getLogs answer size (logs) the range adapts towards
+
+    def __init__(self, source: EvmSource):
+        self.source = source
+
+    async def fetch_linked(self, a: int, b: int, addresses: list[str]) -> list:
+        """Every block in [a, b] (the contiguous run the node has), with headers, so the pipeline can check
+        each block links to its parent. A single new head comes by hash: one atomic request."""
+        from indexer.models import RawBlock
+        head = self.source.latest_head
+        if a == b and head is not None and head.number == a:
+            headers = {a: head}
+        else:
+            headers = await self.source.block_refs(range(a, b + 1))
+        end = a - 1
+        while end + 1 <= b and end + 1 in headers:
+            end += 1
+        if end < a:
+            return []
+        if a == end:
+            logs = await self.source.logs_by_hash(headers[a].hash, addresses)
+        else:
+            logs = await self.source.logs_range(a, end, addresses)
+            _check_hashes(logs, headers)
+        by_block: dict[int, list[RawLog]] = {}
+        for lg in logs:
+            by_block.setdefault(lg.block_number, []).append(lg)
+        return [RawBlock(headers[n], tuple(by_block.get(n, ()))) for n in range(a, end + 1)]
+
+    async def fetch_range(self, a: int, b: int, addresses: list[str]) -> tuple[list, int]:
+        """Blocks in [a, b] that have logs of the watched contracts, plus block b (the new cursor).
+        Returns (blocks, number of logs). Raises RpcRangeTooLarge for the pipeline to split."""
+        from indexer.models import RawBlock
+        logs = await self.source.logs_range(a, b, addresses)
+        numbers = sorted({lg.block_number for lg in logs} | {b})
+        headers = await self.source.block_refs(numbers)
+        if b not in headers:
+            raise RpcInconsistent(f"node has no header for block {b} although it answered logs up to it")
+        _check_hashes(logs, headers)
+        by_block: dict[int, list[RawLog]] = {}
+        for lg in logs:
+            by_block.setdefault(lg.block_number, []).append(lg)
+        return [RawBlock(headers[n], tuple(by_block.get(n, ()))) for n in numbers], len(logs)
+
+
+def _check_hashes(logs: list[RawLog], headers: dict[int, BlockRef]) -> None:
+    for lg in logs:
+        h = headers.get(lg.block_number)
+        if h is None or h.hash != lg.block_hash:
+            raise RpcInconsistent(f"log {lg.log_index} of block {lg.block_number} carries hash {lg.block_hash}, "
+                                  f"the header says {h.hash if h else 'nothing'}: the chain changed while we asked")
