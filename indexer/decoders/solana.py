@@ -324,7 +324,18 @@ class SolanaDecoder:
                 raise Malformed(f"{kind}: info is not an object")
             handler(state, info, path, kind)
         except Malformed as exc:
-            self._skip(slot, state, path, exc.address or program, exc, parsed)
+            self._skip(slot, state, path, exc.address or self._named_mint(parsed) or program, exc, parsed)
+
+    def _named_mint(self, parsed: Any) -> str | None:
+        """The tracked mint a broken instruction names, if any (for the skip's address)."""
+        info = parsed.get("info") if isinstance(parsed, Mapping) else None
+        if not isinstance(info, Mapping):
+            return None
+        for key in ("mint", "metadata"):
+            value = info.get(key)
+            if isinstance(value, str) and (value in self._mints or value in self._metadata):
+                return self._metadata.get(value, value)
+        return None
 
     @staticmethod
     def _skip(slot: int, state: _Tx, path: str, address: str, exc: Malformed, raw: Any) -> None:
