@@ -28,7 +28,7 @@ _RANGE_HINT = re.compile(r"\[\s*(0x[0-9a-fA-F]+|\d+)\s*,\s*(0x[0-9a-fA-F]+|\d+)\
 _RANGE_WORDS = ("query returned more than", "response size exceeded", "response too large", "block range",
                 "too many results", "range is too large", "range too large", "exceed maximum block range",
                 "results limit", "log response size", "max results", "limit exceeded", "query timeout exceeded",
-                "range limit")
+                "range limit", "exceeds limit", "is bigger than")
 _RATE_WORDS = ("rate limit", "too many requests", "request rate", "exceeded its compute units", "capacity",
                "throughput")
 _NOT_AVAILABLE_WORDS = ("header not found", "unknown block", "block not found", "not available", "missing trie node")
@@ -42,8 +42,17 @@ def classify_error(method: str, code: int | None, message: str, data: Any = None
                    http_status: int | None = None, retry_after: float | None = None) -> RpcError:
     """The one place that decides what an error answer means for the caller."""
     msg = (message or "").strip()
-    low = msg.lower()
     where = f"{method}: {msg}" if msg else method
+    if data is not None:
+        # some providers put the reason in `data` (Tenderly: {"payload": "range 9009594 is bigger than ..."})
+        try:
+            msg = f"{msg} {json.dumps(data)}"
+        except (TypeError, ValueError):
+            msg = f"{msg} {data}"
+    low = msg.lower()
+    if code == -32601:
+        return RpcFatal(f"method not supported by the node ({where})", method=method, code=code,
+                        hint="use a node/provider that offers this method")
     if http_status == 429 or code == 429 or any(w in low for w in _RATE_WORDS):
         return RpcRateLimited(f"rate limited ({where})", method=method, code=code, retry_after=retry_after)
     if method == "eth_getLogs" and (code in (-32005, -32602, -32614) or any(w in low for w in _RANGE_WORDS)):
@@ -52,14 +61,14 @@ def classify_error(method: str, code: int | None, message: str, data: Any = None
         m = _RANGE_HINT.search(msg)
         return RpcRangeTooLarge(f"range too large ({where})", method=method, code=code,
                                 suggested_to=_int(m.group(2)) if m else None)
+    if "missing trie node" in low and method == "eth_call":
+        return RpcFatal(f"the node has no state for that block ({where})", method=method, code=code,
+                        hint="historical eth_call needs an archive node")
     if code in (-32004, -32014) or any(w in low for w in _NOT_AVAILABLE_WORDS):
         return BlockNotAvailable(f"not available yet ({where})", method=method, code=code)
     if http_status is not None and http_status >= 500:
         return RpcServerError(f"server error HTTP {http_status} ({where})", method=method, code=code,
                               retry_after=retry_after)
-    if code in (-32601,):
-        return RpcFatal(f"method not supported by the node ({where})", method=method, code=code,
-                        hint="use a node/provider that offers this method")
     if code in (-32600, -32602):
         return RpcFatal(f"request rejected ({where})", method=method, code=code)
     if http_status is not None and 400 <= http_status < 500 and http_status not in (408, 425):

@@ -258,6 +258,7 @@ class Store:
             if prev is not None and b.ref.number <= prev:
                 raise IntegrityError(f"block {b.ref.number} is not above the cursor {prev}: refusing to write it twice")
             prev = b.ref.number
+        self._trim_caches()
         try:
             with self.conn:
                 self._write(blocks, first=None if cur else blocks[0].ref.number)
@@ -420,6 +421,8 @@ class Store:
                                           state["multiplier_effective_at"], ref.timestamp)
                 state["multiplier"], state["multiplier_next"], state["multiplier_effective_at"] = base, next_, eff
                 new = next_ if next_ is not None else base
+                if old == new and next_ is None:
+                    continue  # e.g. a multiplier initialised to what it already was
                 rows.actions.append((ch, ev.token, "split", n, ref.hash, ev.transaction_hash, ev.log_index, old, new,
                                      json.dumps({"effective_at": eff if eff is not None else ref.timestamp,
                                                  "event": ev.event_type}), ref.timestamp))
@@ -481,9 +484,14 @@ class Store:
         self._tokens.clear()
         self._holders.clear()
 
-    def _load_balance(self, key: tuple[str, str]) -> int:
+    def _trim_caches(self) -> None:
+        """Bound memory. Only between transactions: a write in progress holds unwritten values here."""
         if len(self._balances) > self.CACHE_LIMIT:
             self._balances.clear()
+        if len(self._holders) > self.CACHE_LIMIT:
+            self._holders.clear()
+
+    def _load_balance(self, key: tuple[str, str]) -> int:
         row = self.conn.execute("SELECT balance FROM balances WHERE chain=? AND token=? AND address=?",
                                 (self.chain, *key)).fetchall()
         value = int(row[0][0]) if row else 0
@@ -514,8 +522,6 @@ class Store:
     def _holder(self, key: tuple[str, str]) -> dict:
         state = self._holders.get(key)
         if state is None:
-            if len(self._holders) > self.CACHE_LIMIT:
-                self._holders.clear()
             row = self.conn.execute("SELECT " + ", ".join(HOLDER_FIELDS) + " FROM holder_state WHERE chain=? AND "
                                     "token=? AND address=?", (self.chain, *key)).fetchall()
             if row:

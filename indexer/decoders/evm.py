@@ -485,6 +485,10 @@ class EvmDecoder:
                     if sub == 0:
                         skipped.append(self._skip(block, lg, skip))
                     continue
+                except (ValueError, TypeError, IndexError) as exc:  # e.g. non-hex data from a broken node
+                    if sub == 0:
+                        skipped.append(self._skip(block, lg, Skip("malformed", f"{type(exc).__name__}: {exc}")))
+                    continue
                 if ev is None:
                     continue
                 if sub:
