@@ -76,7 +76,8 @@ def main(click_ctx: click.Context, config_path, log_level, log_format) -> None:
 @guarded
 def run(ctx: Ctx) -> None:
     """Catch up from the stored cursor, then follow the chain head until SIGTERM/SIGINT."""
-    from indexer.daemon import open_runtime, run_daemon
+    from indexer.daemon import install_early_signal_handlers, open_runtime, run_daemon
+    install_early_signal_handlers()
     cfg = ctx.cfg()
     rt = open_runtime(cfg, ctx.redactor, serve_metrics=True)
     if rt.server:
@@ -95,7 +96,8 @@ def run(ctx: Ctx) -> None:
 @guarded
 def backfill(ctx: Ctx, start: int, end: int, progress: bool | None) -> None:
     """Index blocks START..END. Idempotent: already indexed blocks are left unchanged."""
-    from indexer.daemon import install_signal_handlers, make_pipeline, make_source, open_runtime
+    from indexer.daemon import install_early_signal_handlers, install_signal_handlers, make_pipeline, make_source, open_runtime
+    install_early_signal_handlers()
     if end < start:
         raise UsageError(f"--to {end} is before --from {start}")
     cfg = ctx.cfg()

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -111,8 +112,24 @@ def make_pipeline(rt: Runtime, source, on_progress: Callable | None = None):
                           on_progress=on_progress)
 
 
+# SIGTERM/SIGINT that arrive while starting up (before the event loop runs) are remembered here, so a
+# service manager stopping us early still gets a clean exit 0 rather than death by the default action.
+EARLY_STOP = threading.Event()
+
+
+def install_early_signal_handlers() -> None:
+    def remember(signum, _frame) -> None:
+        EARLY_STOP.set()
+
+    signal.signal(signal.SIGTERM, remember)
+    signal.signal(signal.SIGINT, remember)
+
+
 def install_signal_handlers(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
+    if EARLY_STOP.is_set():
+        log.info("stop requested during start-up")
+        stop.set()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():

@@ -163,3 +163,64 @@ def assert_same_db(a: Path, b: Path) -> None:
     for table in da:
         assert da[table] == db_[table], (f"table {table} differs: {len(da[table])} vs {len(db_[table])} rows; first "
                                          f"difference: {next(((x, y) for x, y in zip(da[table], db_[table]) if x != y), None)}")
+
+
+class Load:
+    """Deterministic token activity on the sample token: agent mints and forced transfers among the
+    registered investors, `per_block` transactions mined together (automine off while sending)."""
+
+    def __init__(self, w3, deployment, seed: int = 7):
+        import random
+
+        import devchain
+        self.w3 = w3
+        self.d = deployment
+        self.rng = random.Random(seed)
+        abi = devchain.load_artifact("SampleSecurityToken")["abi"]
+        self.token = w3.eth.contract(address=deployment.token, abi=abi)
+        self.investors = list(devchain.sample_investors()[0])
+
+    def tx(self) -> dict:
+        """One transaction that cannot revert: a small mint, or a small forced transfer."""
+        a, b = self.rng.sample(self.investors, 2)
+        amount = self.rng.randint(1, 10**15)
+        if self.rng.random() < 0.3:
+            call = self.token.functions.mint(a, amount)
+        else:
+            call = self.token.functions.forcedTransfer(a, b, amount)
+        return {"from": self.d.agent, "to": self.d.token, "data": call._encode_transaction_data(), "gas": 300_000}
+
+    def blocks(self, n: int, per_block: int = 10) -> None:
+        w3 = self.w3
+        w3.provider.make_request("evm_setAutomine", [False])
+        try:
+            for _ in range(n):
+                for _ in range(per_block):
+                    w3.eth.send_transaction(self.tx())
+                w3.provider.make_request("evm_mine", [])
+        finally:
+            w3.provider.make_request("evm_setAutomine", [True])
+
+    def reorg(self, depth: int, txs: int = 3) -> None:
+        """Replace the last `depth` blocks by a branch whose first block holds other balance changes."""
+        pairs = [[self.tx(), 0] for _ in range(txs)]
+        reply = self.w3.provider.make_request("anvil_reorg", [depth, pairs])
+        assert "error" not in reply, reply
+
+
+def scrape(url: str) -> str:
+    import urllib.request
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.read().decode()
+
+
+def metric_value(text: str, name: str) -> float:
+    total = 0.0
+    found = False
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    if not found:
+        raise AssertionError(f"metric {name} not in scrape")
+    return total
