@@ -1,4 +1,4 @@
--- indexer schema, version 1.  Applied as a whole to a new database; older databases are upgraded by
+-- indexer schema, version 2.  Applied as a whole to a new database; older databases are upgraded by
 -- the steps in indexer/migrations.py.  One database holds one chain (checked at open through `meta`),
 -- yet every row carries its chain so exports and merged copies stay unambiguous.
 --
@@ -11,7 +11,7 @@
 --     above block A is a primary-key range delete.
 --   * EVM addresses are stored lower-case (exports print EIP-55); Solana addresses as base58.
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
@@ -191,6 +191,17 @@ CREATE TABLE IF NOT EXISTS skipped_logs (
     raw              TEXT NOT NULL,
     PRIMARY KEY (chain, block_number, log_index)
 ) STRICT, WITHOUT ROWID;
+
+-- Self-audits (`indexer verify`, and the daemon's periodic one): what was compared and what differed.
+CREATE TABLE IF NOT EXISTS verify_runs (
+    id              INTEGER PRIMARY KEY,
+    chain           TEXT NOT NULL,
+    block_number    INTEGER NOT NULL,
+    holders_checked INTEGER NOT NULL,
+    mismatches      INTEGER NOT NULL,
+    details         TEXT NOT NULL DEFAULT '[]',   -- JSON list of the first mismatches
+    finished_at     REAL NOT NULL
+) STRICT;
 
 CREATE VIEW IF NOT EXISTS holder_balances AS
 SELECT chain, token, address,

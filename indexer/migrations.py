@@ -13,7 +13,20 @@ import apsw
 from indexer.errors import DatabaseError
 
 # version -> SQL that upgrades a database of version (version - 1) to `version`
-STEPS: dict[int, str] = {}
+STEPS: dict[int, str] = {
+    # 2: self-audit results are kept
+    2: """
+    CREATE TABLE IF NOT EXISTS verify_runs (
+        id              INTEGER PRIMARY KEY,
+        chain           TEXT NOT NULL,
+        block_number    INTEGER NOT NULL,
+        holders_checked INTEGER NOT NULL,
+        mismatches      INTEGER NOT NULL,
+        details         TEXT NOT NULL DEFAULT '[]',
+        finished_at     REAL NOT NULL
+    ) STRICT;
+    """,
+}
 
 
 def latest_version(schema: str) -> int:

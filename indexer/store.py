@@ -477,6 +477,17 @@ class Store:
             else:
                 raise ValueError(f"unknown holder state field {field!r} from event {ev.event_type}")
 
+    def record_verify(self, result: dict) -> None:
+        """Keep the outcome of a self-audit (the daemon's periodic verify)."""
+        try:
+            with self.conn:
+                self.conn.execute("INSERT INTO verify_runs (chain, block_number, holders_checked, mismatches, details, "
+                                  "finished_at) VALUES (?,?,?,?,?,?)",
+                                  (self.chain, result["block_number"], result["holders_checked"],
+                                   len(result["mismatches"]), json.dumps(result["mismatches"][:100]), time.time()))
+        except apsw.Error as exc:
+            raise _db_error(exc, self.path, "writing") from None
+
     # ---- caches (dropped on any failed transaction or rollback) ---------------------------------
 
     def _drop_caches(self) -> None:

@@ -71,6 +71,7 @@ async def periodic_verify(rt, stop: asyncio.Event) -> None:
             await source.connect()
             result = await verify(rt.cfg, source)
             rt.metrics.set_verify_result(len(result["mismatches"]), time.time())
+            await rt.worker.call(rt.store.record_verify, result)
             if result["mismatches"]:
                 log.error("verify at block %d: %d mismatch(es), first: %s", result["block_number"],
                           len(result["mismatches"]), result["mismatches"][0],
