@@ -6,7 +6,7 @@ import types
 
 from tenacity import wait_exponential_jitter
 
-from indexer.errors import IndexerError, RpcError, RpcTransportError
+from indexer.errors import IndexerError, RpcError, RpcRangeTooLarge, RpcTransportError
 
 _wait = wait_exponential_jitter(initial=0.5, max=30.0, jitter=1.0)
 _request_wait = wait_exponential_jitter(initial=0.1, max=10.0, jitter=0.5)
@@ -26,8 +26,10 @@ def request_delay(attempt: int, exc: BaseException | None = None) -> float:
 
 def retry_on_connection(exc: BaseException) -> bool:
     """Errors worth retrying on the same connection: rate limits, server errors, garbage, inconsistency.
-    Transport errors are not: the connection is gone, so the session reconnects instead."""
-    return isinstance(exc, RpcError) and exc.retryable and not isinstance(exc, RpcTransportError)
+    Not transport errors (the connection is gone: the session reconnects) and not range errors (asking
+    the same range again cannot help: the caller splits it)."""
+    return (isinstance(exc, RpcError) and exc.retryable
+            and not isinstance(exc, (RpcTransportError, RpcRangeTooLarge)))
 
 
 def retry_session(exc: BaseException) -> bool:

@@ -68,6 +68,7 @@ class Pipeline:
         self.progress = Progress(started=time.monotonic())
         self.start_block = cfg.chain.start_block
         self._prepared = False
+        self._healthy_session = False
         # set by SIGTERM/SIGINT: the block in hand is finished (or abandoned) atomically, then we return
         self.stop = asyncio.Event()
 
@@ -352,13 +353,14 @@ class Pipeline:
         """One connected session: subscribe, catch up, follow until the socket dies or `stop` is set."""
         await self.source.connect()
         try:
-            await self.source.subscribe_heads()
+            await self._request(self.source.subscribe_heads)
             if not self._prepared:
                 await self.prepare()
             else:
                 await self._load_state()
             await self.refresh_head()
             await self.advance(self.head - self.chain.confirmations, check_cursor=True)
+            self._healthy_session = True  # connected, subscribed and caught up: backoff starts afresh
             last_progress = time.monotonic()
             stall_warned = False
             while not stop.is_set():
@@ -403,6 +405,7 @@ class Pipeline:
         sessions = 0
         while not stop.is_set():
             before = self.cursor.number if self.cursor else None
+            self._healthy_session = False
             try:
                 if sessions and self.metrics:
                     self.metrics.count_websocket_reconnect()
@@ -413,7 +416,7 @@ class Pipeline:
                 if not retry_session(exc):
                     raise
                 progressed = (self.cursor.number if self.cursor else None) != before
-                failures = 1 if progressed else failures + 1
+                failures = 1 if progressed or self._healthy_session else failures + 1
                 delay = session_delay(failures, exc)
                 log.warning("connection problem: %s; reconnecting in %.1fs (attempt %d)", exc, delay, failures,
                             extra={"chain": self.chain.name})

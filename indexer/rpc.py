@@ -141,7 +141,11 @@ class WsRpc:
                 try:
                     msg = json.loads(frame)
                 except ValueError:
-                    log.warning("garbled frame from %s (%d bytes) ignored", self.display_url, len(frame))
+                    # it cannot be matched to its request: fail what is pending now (retried at once on
+                    # this connection) instead of letting each wait for its timeout
+                    log.warning("garbled frame from %s (%d bytes): failing %d pending request(s) for retry",
+                                self.display_url, len(frame), len(self._pending))
+                    self._fail_all(RpcGarbage(f"garbled reply from {self.display_url}"))
                     continue
                 if isinstance(msg, list):
                     self._resolve_batch(msg)
@@ -312,10 +316,15 @@ class HttpRpc:
         conn = await self._pool.get()
         t0 = time.perf_counter()
         outcome = "error"
+        reusable = True
         try:
             body = json.dumps(payload).encode()
             try:
                 status, headers, raw = await asyncio.to_thread(self._post, conn, body)
+            except asyncio.CancelledError:
+                # the worker thread may still be using this connection: never hand it out again
+                reusable = False
+                raise
             except (OSError, http.client.HTTPException) as exc:
                 conn.close()
                 outcome = "transport"
@@ -343,14 +352,16 @@ class HttpRpc:
             outcome = "ok"
             return reply
         finally:
-            self.stats.observe(method, outcome if outcome != "ok" else "ok", time.perf_counter() - t0)
-            self._pool.put_nowait(conn)
+            self.stats.observe(method, outcome, time.perf_counter() - t0)
+            self._pool.put_nowait(conn if reusable else self._new_conn())
 
     async def request(self, method: str, params: list | None = None, **_: Any) -> Any:
-        reply = await self._call(method, {"jsonrpc": "2.0", "id": next(self._ids), "method": method,
-                                          "params": params or []})
+        rid = next(self._ids)
+        reply = await self._call(method, {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []})
         if not isinstance(reply, dict):
             raise RpcGarbage(f"{method}: reply is not a JSON-RPC object", method=method)
+        if reply.get("id") != rid:
+            raise RpcGarbage(f"{method}: reply carries id {reply.get('id')!r}, request had {rid}", method=method)
         if "error" in reply:
             raise _error_from_reply(method, reply)
         if "result" not in reply:
@@ -378,9 +389,12 @@ class HttpRpc:
         return out
 
     async def close(self) -> None:
-        if self._pool is not None:
-            while not self._pool.empty():
-                self._pool.get_nowait().close()
+        """Close idle connections. The next request (a new session) starts a fresh pool; connections still
+        in use by a request of the old session go back to the discarded pool and are dropped with it."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            while not pool.empty():
+                pool.get_nowait().close()
 
 
 def _retry_after(value: str | None) -> float | None:
