@@ -31,6 +31,7 @@ from indexer.worker import StoreWorker
 log = logging.getLogger(__name__)
 
 TAIL_WINDOW = 64          # blocks fetched with headers per step near the head
+BACKFILL_ATTEMPTS = 5     # `backfill` gives up after this many failed attempts in a row without progress
 FINALIZED_REFRESH = 5.0   # seconds between `finalized` look-ups
 
 
@@ -435,8 +436,9 @@ class Pipeline:
         self.stop = stop
         failures = 0
         while True:
-            await self.source.connect()
+            attempt_from = self.cursor.number if self.cursor else None
             try:
+                await self.source.connect()
                 if not self._prepared:
                     await self.prepare()
                 else:
@@ -461,7 +463,11 @@ class Pipeline:
             except Exception as exc:
                 if not retry_session(exc) or stop.is_set():
                     raise
-                failures += 1
+                progressed = self.cursor is not None and self.cursor.number != attempt_from
+                failures = 1 if progressed else failures + 1
+                if failures > BACKFILL_ATTEMPTS:
+                    # a one-shot command: say what is wrong rather than wait for ever (`run` does wait)
+                    raise
                 delay = session_delay(failures, exc)
                 log.warning("backfill interrupted: %s; resuming from block %s in %.1fs", exc, self.next_block(),
                             delay)

@@ -55,6 +55,10 @@ def schema_sql() -> str:
 
 def _db_error(exc: Exception, path: str, action: str) -> DatabaseError:
     """Translate SQLite's exceptions into messages that say what to do."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return DatabaseError(f"cannot write {path}: {exc.strerror} ({action})",
+                             hint="the database directory must be writable by the indexer's user "
+                                  "(under systemd: its StateDirectory)")
     if isinstance(exc, apsw.FullError) or (isinstance(exc, OSError) and exc.errno == errno.ENOSPC):
         return DatabaseError(f"disk full while {action} {path}; the block in hand was rolled back",
                              hint="free disk space and restart; nothing partial was written")
