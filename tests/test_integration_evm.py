@@ -210,3 +210,32 @@ def test_run_started_before_activity_equals_backfill(tmp_path):
         cli(back, "backfill", "--from", "0", "--to", str(head))
         assert_same_db(tmp_path / "run.db", tmp_path / "back.db")
         assert json.loads(cli(cfg, "verify", "--format", "json").stdout)["mismatches"] == []
+
+
+def test_daemon_audits_itself_every_verify_interval(tmp_path):
+    from helpers import free_port, metric_value, scrape
+    with devchain.Anvil() as anvil:
+        w3 = devchain.connect(anvil.http_url)
+        sample = devchain.deploy_sample(w3)
+        for _ in devchain.run_steps(w3, devchain.sample_steps(w3, sample)[:3]):
+            pass
+        port = free_port()
+        cfg = write_config(tmp_path / "run.toml", ws_url=anvil.ws_url, http_url=anvil.http_url,
+                           tokens=[{"address": sample.token, "profile": "erc3643"}], db=tmp_path / "run.db",
+                           chain={"verify_interval": 1}, metrics_listen=f"127.0.0.1:{port}")
+        with Daemon(cfg, tmp_path / "daemon.log") as daemon:
+            daemon.wait_for_block(w3.eth.block_number)
+            import time
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                text = scrape(f"http://127.0.0.1:{port}/metrics")
+                if metric_value(text, "indexer_verify_last_run_timestamp_seconds") > 0:
+                    break
+                time.sleep(0.3)
+            assert metric_value(text, "indexer_verify_last_run_timestamp_seconds") > 0, daemon.log_tail()
+            assert metric_value(text, "indexer_verify_mismatches") == 0
+            assert daemon.terminate() == 0
+        conn = apsw.Connection(str(tmp_path / "run.db"), flags=apsw.SQLITE_OPEN_READONLY)
+        runs = conn.execute("SELECT block_number, holders_checked, mismatches FROM verify_runs").fetchall()
+        conn.close()
+        assert runs and all(r[2] == 0 and r[1] >= 50 for r in runs)
