@@ -70,6 +70,7 @@ class Pipeline:
         self.start_block = cfg.chain.start_block
         self._prepared = False
         self._healthy_session = False
+        self._calibrated = False
         # set by SIGTERM/SIGINT: the block in hand is finished (or abandoned) atomically, then we return
         self.stop = asyncio.Event()
 
@@ -212,13 +213,19 @@ class Pipeline:
         return a, b, raws
 
     def _adapt_range(self, n_items: int, seconds: float, span: int) -> None:
-        if span < self.range_size:
-            return  # a shortened last chunk says nothing about the range
+        """Aim each answer at `target_items` (memory and latency stay flat whatever the density):
+        grow at most 2x per answer, shrink at once; slow answers shrink too."""
+        self._calibrated = True
         target = getattr(self.fetcher, "target_items", 10_000)
-        if n_items < target // 2 and seconds < 2.0:
-            self.range_size = min(self.chain.max_getlogs_range, self.range_size * 2)
-        elif n_items > target * 2 or seconds > 10.0:
-            self.range_size = max(1, self.range_size // 2)
+        density = n_items / max(1, span)
+        ideal = int(target / density) if density > 0 else self.chain.max_getlogs_range
+        if seconds > 10.0:
+            ideal = min(ideal, max(1, span // 2))
+        if ideal > self.range_size:
+            if span < self.range_size:
+                return  # a shortened last chunk says little about growth
+            ideal = min(ideal, self.range_size * 2)
+        self.range_size = max(1, min(self.chain.max_getlogs_range, ideal))
 
     async def _get_range(self, a: int, b: int, args: tuple) -> tuple[list[RawBlock], int]:
         """One range; a range error splits it (at the provider's hint when it gives one), never a 429."""
@@ -246,7 +253,9 @@ class Pipeline:
         nxt = start
         try:
             while nxt <= end or tasks:
-                while len(tasks) < window + 1 and nxt <= end:
+                # fetch ahead only once an answer has told us the density (one blind range at a time)
+                ahead = window + 1 if self._calibrated else 1
+                while len(tasks) < ahead and nxt <= end:
                     b = min(end, nxt + self.range_size - 1)
                     tasks.append(asyncio.create_task(self._fetch_chunk(nxt, b, args)))
                     nxt = b + 1
