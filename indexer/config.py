@@ -76,6 +76,10 @@ class ChainConfig(_Strict):
     def _solana_commitment(self) -> "ChainConfig":
         if self.kind == "solana" and self.commitment is None:
             raise ValueError("chain.commitment is required for kind = \"solana\" (\"confirmed\" or \"finalized\")")
+        if self.kind == "solana" and not self.http_url:
+            raise ValueError("chain.http_url is required for kind = \"solana\": its WebSocket serves subscriptions only")
+        if self.kind == "solana" and self.confirmations:
+            raise ValueError("chain.confirmations does not apply to Solana: chain.commitment sets finality")
         if self.kind == "evm" and self.commitment is not None:
             raise ValueError("chain.commitment applies only to kind = \"solana\"")
         if self.initial_getlogs_range > self.max_getlogs_range:

@@ -38,7 +38,7 @@ _GETLOGS_RANGE_BUCKETS = (1, 10, 50, 100, 500, 1_000, 2_000, 5_000, 10_000, 50_0
 
 # An identifier as our code writes them ("eth_getLogs", "unexpected_topic_count", "Transfer").
 # Addresses and hashes (0x..., base58 of 32+ chars) fail the pattern or the length.
-_LABEL_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+_LABEL_VALUE = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
 _MAX_LABEL_VALUES = 32
 
 

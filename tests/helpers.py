@@ -45,7 +45,7 @@ def write_config(path: Path, *, ws_url: str, http_url: str | None, tokens: list[
     if http_url:
         chain["http_url"] = http_url
     lines = ["[database]", f"path = {json.dumps(str(db))}", "", "[chain]"]
-    lines += [f"{k} = {json.dumps(v)}" for k, v in chain.items()]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in chain.items() if v is not None]
     for t in tokens:
         lines += ["", "[[tokens]]"] + [f"{k} = {json.dumps(v)}" for k, v in t.items()]
     lines += ["", "[metrics]", f"listen = {json.dumps(metrics_listen)}", "", "[logging]", 'level = "INFO"',

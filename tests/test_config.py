@@ -124,8 +124,13 @@ def test_invalid_values_name_the_field(data, needle):
 
 
 def test_solana_chain_rules():
-    sol = {"kind": "solana", "ws_url": "wss://api.mainnet-beta.solana.com", "commitment": "confirmed"}
+    sol = {"kind": "solana", "ws_url": "wss://api.mainnet-beta.solana.com",
+           "http_url": "https://api.mainnet-beta.solana.com", "commitment": "confirmed"}
     cfg = parse_config(base(chain=sol, tokens=[{"address": SOLANA_MINT}]))
+    no_http = {k: v for k, v in sol.items() if k != "http_url"}
+    assert "http_url is required" in error_of(base(chain=no_http, tokens=[{"address": SOLANA_MINT}]))
+    assert "confirmations does not apply" in error_of(base(chain={**sol, "confirmations": 2},
+                                                          tokens=[{"address": SOLANA_MINT}]))
     assert cfg.token_addresses() == [SOLANA_MINT]  # base58 keeps its case
     no_commitment = {k: v for k, v in sol.items() if k != "commitment"}
     assert "commitment is required" in error_of(base(chain=no_commitment, tokens=[{"address": SOLANA_MINT}]))

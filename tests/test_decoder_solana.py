@@ -469,7 +469,8 @@ def test_metadata_kept_outside_the_mint_is_followed_once_initialized():
                                                      "field": "name", "value": "N2"})])
     decoded = d.decode(block(20, [init, update]))
     assert [(e.event_type, e.token, e.token_update) for e in decoded.events] == [
-        ("metadata_initialized", MINT, {"name": "N", "symbol": "S", "meta:uri": "u"}),
+        ("metadata_initialized", MINT, {"name": "N", "symbol": "S", "meta:uri": "u",
+                                        "meta:metadata_address": outside}),  # persisted for restarts
         ("metadata_updated", MINT, {"name": "N2"})]
     assert d.context(MINT)["metadata_address"] == outside
     with pytest.raises(KeyError, match="not tracked"):
@@ -713,7 +714,7 @@ def test_lifecycle_applied_to_the_store(store):
 
     assert actions(store, MINT) == [
         (100, "metadata_change", None, PERMANENT_DELEGATE),
-        (100, "split", "1", "1"),
+        # initialising the multiplier to 1.0 changes nothing, so it is no corporate action
         (100, "metadata_change", None, "https://xstocks-metadata.backed.fi/tokens/Solana/AAPLx/metadata.json"),
         (101, "issuance", "0", "1000"),
         (102, "issuance", "1000", "1500"),

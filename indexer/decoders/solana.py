@@ -577,9 +577,11 @@ class SolanaDecoder:
         if metadata != mint and self._metadata.get(metadata) != mint:
             # metadata kept outside the mint (signed by the mint authority): follow its updates too
             self.set_context(mint, "metadata_address", metadata)
+        update = {"name": name, "symbol": symbol, "meta:uri": uri}
+        if metadata != mint:
+            update["meta:metadata_address"] = metadata  # persisted, so a restart follows it again
         state.items.append(Event(mint, "metadata_initialized", state.sig, 0,
-                                 data={"instruction": path, "metadata": metadata},
-                                 token_update={"name": name, "symbol": symbol, "meta:uri": uri}))
+                                 data={"instruction": path, "metadata": metadata}, token_update=update))
 
     def _update_metadata_field(self, state: _Tx, info, path: str, kind: str) -> None:
         mint = self._metadata_mint(info)
