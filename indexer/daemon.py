@@ -105,11 +105,15 @@ def make_pipeline(rt: Runtime, source, on_progress: Callable | None = None):
     heartbeat = rt.watchdog.progress if rt.watchdog else None
     if rt.cfg.chain.kind == "evm":
         from indexer.pipeline import EvmPipeline
-        return EvmPipeline(rt.cfg, source, rt.store, rt.worker, rt.metrics, heartbeat=heartbeat,
-                           on_progress=on_progress)
-    from indexer.pipeline_solana import SolanaPipeline
-    return SolanaPipeline(rt.cfg, source, rt.store, rt.worker, rt.metrics, heartbeat=heartbeat,
-                          on_progress=on_progress)
+        pipeline = EvmPipeline(rt.cfg, source, rt.store, rt.worker, rt.metrics, heartbeat=heartbeat,
+                               on_progress=on_progress)
+    else:
+        from indexer.pipeline_solana import SolanaPipeline
+        pipeline = SolanaPipeline(rt.cfg, source, rt.store, rt.worker, rt.metrics, heartbeat=heartbeat,
+                                  on_progress=on_progress)
+    if rt.watchdog and rt.watchdog.period:
+        pipeline.idle_tick = min(1.0, rt.watchdog.period / 2)
+    return pipeline
 
 
 # SIGTERM/SIGINT that arrive while starting up (before the event loop runs) are remembered here, so a

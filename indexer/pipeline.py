@@ -57,6 +57,9 @@ class Pipeline:
         self.worker = worker
         self.metrics = metrics
         self.heartbeat = heartbeat or (lambda: None)
+        if metrics is not None:
+            # heads move the head metric as they arrive, so /readyz sees a daemon stuck behind
+            source.on_head = metrics.set_chain_head
         self.on_progress = on_progress or (lambda p: None)
         self.cursor: BlockRef | None = None
         self.first_block: int | None = None
@@ -73,6 +76,8 @@ class Pipeline:
         self._calibrated = False
         # set by SIGTERM/SIGINT: the block in hand is finished (or abandoned) atomically, then we return
         self.stop = asyncio.Event()
+        # seconds between heartbeats while idle; the daemon lowers it below a short watchdog period
+        self.idle_tick = 1.0
 
     # ---- chain-specific hooks ------------------------------------------------------------------
 
@@ -115,13 +120,12 @@ class Pipeline:
             try:
                 return await fn(*args)
             except Exception as exc:
-                if not retry_on_connection(exc):
+                if not retry_on_connection(exc) or self.stop.is_set():
                     raise
                 attempt += 1
                 delay = request_delay(attempt, exc)
                 log.warning("%s (attempt %d, retrying in %.1fs)", exc, attempt, delay)
-                self.heartbeat()
-                await asyncio.sleep(delay)
+                await self._sleep(delay, self.stop)
 
     async def refresh_head(self) -> int:
         self.head = await self._request(self.source.head_number)
@@ -375,7 +379,7 @@ class Pipeline:
             stall_warned = False
             while not stop.is_set():
                 self.heartbeat()
-                woke = await wait_any(self.source.head_event, stop, self.source.closed, timeout=1.0)
+                woke = await wait_any(self.source.head_event, stop, self.source.closed, timeout=self.idle_tick)
                 if stop.is_set():
                     return
                 if self.source.closed.is_set():
@@ -425,6 +429,8 @@ class Pipeline:
             except Exception as exc:
                 if not retry_session(exc):
                     raise
+                if stop.is_set():
+                    return
                 progressed = (self.cursor.number if self.cursor else None) != before
                 failures = 1 if progressed or self._healthy_session else failures + 1
                 delay = session_delay(failures, exc)
@@ -437,7 +443,7 @@ class Pipeline:
         deadline = time.monotonic() + seconds
         while not stop.is_set() and time.monotonic() < deadline:
             self.heartbeat()
-            await wait_any(stop, timeout=min(1.0, max(0.0, deadline - time.monotonic())))
+            await wait_any(stop, timeout=min(self.idle_tick, max(0.0, deadline - time.monotonic())))
 
     async def backfill(self, start: int, end: int, stop: asyncio.Event | None = None) -> None:
         """Index [start, end] (already indexed blocks are left as they are), then return."""
@@ -470,8 +476,10 @@ class Pipeline:
                 await self.advance(end, check_cursor=True)
                 return
             except Exception as exc:
-                if not retry_session(exc) or stop.is_set():
+                if not retry_session(exc):
                     raise
+                if stop.is_set():
+                    return
                 progressed = self.cursor is not None and self.cursor.number != attempt_from
                 failures = 1 if progressed else failures + 1
                 if failures > BACKFILL_ATTEMPTS:

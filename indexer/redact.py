@@ -146,6 +146,10 @@ def url_secrets(url: str) -> list[str]:
     if parts.fragment:
         found.append(parts.fragment)
     decoded = [unquote(s) for s in found]
+    if userinfo:
+        # what an HTTP/WebSocket client sends (and may log at DEBUG): Authorization: Basic base64(user:password)
+        import base64
+        decoded.append(base64.b64encode(unquote(userinfo).encode()).decode())
     return list(dict.fromkeys(found + decoded))
 
 

@@ -59,6 +59,7 @@ class EvmSource:
         self.http = HttpRpc(http_url, timeout=timeout, stats=stats, display_url=redact(http_url)) if http_url else None
         self.head_event = asyncio.Event()
         self.latest_head: BlockRef | None = None
+        self.on_head: Callable[[int], None] = lambda number: None  # e.g. the chain-head metric
 
     @property
     def history(self):
@@ -85,6 +86,7 @@ class EvmSource:
                 return
             if self.latest_head is None or ref.number >= self.latest_head.number or ref.hash != self.latest_head.hash:
                 self.latest_head = ref
+            self.on_head(ref.number)
             self.head_event.set()
 
         await self.ws.subscribe("eth_subscribe", ["newHeads"], on_head)

@@ -90,6 +90,7 @@ class SolanaSource:
         self.ws = WsRpc(chain_cfg.ws_url, timeout=timeout, stats=stats, display_url=redact(chain_cfg.ws_url))
         self.http = HttpRpc(chain_cfg.http_url, timeout=timeout, stats=stats, display_url=redact(chain_cfg.http_url))
         self.head_event = asyncio.Event()
+        self.on_head: Callable[[int], None] = lambda slot: None
 
     @property
     def rpc(self) -> HttpRpc:
@@ -120,6 +121,9 @@ class SolanaSource:
         """A wake-up per processed slot (confirmed) or per new root (finalized); the cursor is the truth, so a
         notification only says "look again", and notifications of abandoned forks do no harm."""
         def wake(result: Any) -> None:
+            slot = result.get("slot") if isinstance(result, dict) else result
+            if isinstance(slot, int) and not isinstance(slot, bool):
+                self.on_head(slot)  # the newest slot seen, for the head metric and /readyz
             self.head_event.set()
 
         if self.commitment == "finalized":
