@@ -12,7 +12,7 @@ def pad_u256(value: int) -> str:
     """Fixed-width text so that SQLite's ORDER BY on the column is numeric."""
     if value < 0 or value > U256_MAX:
         raise ValueError(f"amount {value} is outside uint256")
-    return f"{value:0{PAD}d}"
+    return str(value).zfill(PAD)
 
 
 def unpad(text: str) -> int:

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 TAIL_WINDOW = 64          # blocks fetched with headers per step near the head
 BACKFILL_ATTEMPTS = 5     # `backfill` gives up after this many failed attempts in a row without progress
+COMMIT_ITEMS = 40_000     # deep history: logs (or blocks) gathered before one commit
+BULK_AFTER_ITEMS = 100_000  # a backfill this long drops random-access indexes until it ends
 FINALIZED_REFRESH = 5.0   # seconds between `finalized` look-ups
 
 
@@ -254,35 +256,63 @@ class Pipeline:
         args = self.fetch_args()
         window = max(1, self.chain.fetch_concurrency)
         tasks: deque[asyncio.Task] = deque()
+        pending: list[tuple[int, int, list[RawBlock]]] = []  # fetched ranges waiting to share a commit
+        pending_items = 0
+        committed = 0
+        bulk = False
         nxt = start
+
+        async def flush() -> None:
+            nonlocal pending_items, committed
+            raws = [r for _, _, rs in pending for r in rs]
+            b = pending[-1][1]
+            await self._commit(raws, batch=True)
+            self.scanned = max(self.scanned, b)
+            committed += pending_items
+            pending.clear()
+            pending_items = 0
+
         try:
-            while nxt <= end or tasks:
+            while nxt <= end or tasks or pending:
                 # fetch ahead only once an answer has told us the density (one blind range at a time)
                 ahead = window + 1 if self._calibrated else 1
                 while len(tasks) < ahead and nxt <= end:
                     b = min(end, nxt + self.range_size - 1)
                     tasks.append(asyncio.create_task(self._fetch_chunk(nxt, b, args)))
                     nxt = b + 1
-                a, b, raws = await tasks.popleft()
+                if tasks:
+                    a, b, raws = await tasks.popleft()
+                    pending.append((a, b, raws))
+                    pending_items += sum(len(r.logs) for r in raws) + 1
                 self.heartbeat()
                 if self.stop.is_set():
                     return
-                try:
-                    await self._commit(raws, batch=True)
-                    self.scanned = max(self.scanned, b)
-                except Rebind:
-                    # a new contract to watch: everything fetched from `a` on missed its logs
-                    for t in tasks:
-                        t.cancel()
-                    await asyncio.gather(*tasks, return_exceptions=True)
-                    tasks.clear()
-                    args = self.fetch_args()
-                    nxt = a
+                # several ranges share one transaction: fewer, larger commits (blocks stay whole)
+                if pending and (pending_items >= COMMIT_ITEMS or not tasks):
+                    try:
+                        await flush()
+                    except Rebind:
+                        # a new contract to watch: everything fetched from the first pending range missed it
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                        tasks.clear()
+                        nxt = pending[0][0]
+                        pending.clear()
+                        pending_items = 0
+                        args = self.fetch_args()
+                        continue
+                    if not bulk and committed >= BULK_AFTER_ITEMS and end - self.scanned > 10 * self.range_size:
+                        bulk = True
+                        await self._db(self.store.begin_bulk)
         finally:
             for t in tasks:
                 t.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            if bulk and not self.stop.is_set():
+                # a stopped daemon leaves this to its next start (every open rebuilds missing indexes)
+                await self._db(self.store.end_bulk)
 
     # ---- decode, commit --------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -23,7 +24,7 @@ from typing import Any, Iterable, Sequence
 import apsw
 
 from indexer import migrations
-from indexer.amounts import multiplier_in_force, pad_u256
+from indexer.amounts import PAD, U256_MAX, multiplier_in_force, pad_u256
 from indexer.errors import ChainMismatchError, DatabaseError, DatabaseLockedError
 from indexer.models import ZERO_ADDRESS, BlockRef, DecodedBlock, Event
 
@@ -43,6 +44,16 @@ TOKEN_FIELDS = ("name", "symbol", "decimals", "multiplier", "multiplier_next", "
 HOLDER_FIELDS = ("frozen", "frozen_amount", "registered", "country", "identity")
 _ACTION_FOR_FIELD = {"name": "name_change", "symbol": "symbol_change", "decimals": "decimals_change",
                      "identity_registry": "identity_registry_change", "compliance": "compliance_change"}
+
+
+# Secondary indexes whose random-order inserts dominate a long backfill: dropped while bulk-loading and
+# built once at the end by a sort (their definitions come from schema.sql, never repeated here).
+BULK_INDEXES = ("ledger_by_holder", "events_by_tx", "events_by_token")
+
+
+def index_definitions(schema: str) -> dict[str, str]:
+    return {m.group(1): m.group(0) for m in
+            re.finditer(r"CREATE INDEX IF NOT EXISTS (\w+) ON [^;]+;", schema)}
 
 
 def schema_sql() -> str:
@@ -140,6 +151,7 @@ class Store:
             self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
             migrations.migrate(self.conn, schema_sql(), self.path)
             self._check_meta()
+            self.end_bulk()  # a bulk load cut short (kill -9) gets its indexes back now
         except apsw.Error as exc:
             self.close()
             raise _db_error(exc, self.path, "opening") from None
@@ -347,13 +359,20 @@ class Store:
                 if state.get(field) is None and value is not None:
                     state[field] = value
             block_tokens.add(token)
+        # the hot loop: names bound locally, each amount turned into text once
+        events_append = rows.events.append
+        ledger_append = rows.ledger.append
+        load_balance = self._load_balance
+        dumps = json.dumps
         for ev in b.events:
             token = ev.token
-            pos = base | ev.log_index << 4 | ev.sub
+            li = ev.log_index
+            pos = base | li << 4 | ev.sub
             amount = ev.amount
-            rows.events.append((pos, ch, token, n, bh, ev.transaction_hash, ev.log_index, ev.event_type,
-                                ev.from_address, ev.to_address, None if amount is None else str(amount),
-                                json.dumps(ev.data, separators=(",", ":")) if ev.data else "{}", ts))
+            amount_text = None if amount is None else str(amount)
+            data = ev.data
+            events_append((pos, ch, token, n, bh, ev.transaction_hash, li, ev.event_type, ev.from_address,
+                           ev.to_address, amount_text, dumps(data, separators=(",", ":")) if data else "{}", ts))
             if ev.moves_balance:
                 frm, to = ev.from_address, ev.to_address
                 minted = frm is None or frm == ZERO_ADDRESS
@@ -362,26 +381,28 @@ class Store:
                     key = (token, frm)
                     old = balances.get(key)
                     if old is None:
-                        old = self._load_balance(key)
+                        old = load_balance(key)
                     new = old - amount
                     if new < 0:
                         raise IntegrityError(
                             f"balance of {frm} in token {token} would become negative at block {n} "
-                            f"(tx {ev.transaction_hash}, log {ev.log_index}): holds {old}, moves {amount}",
+                            f"(tx {ev.transaction_hash}, log {li}): holds {old}, moves {amount}",
                             hint="start_block must be at or before the token's deployment; a rebasing token "
                                  "needs its own profile")
                     balances[key] = new
                     dirty_balances[key] = (new, n, ts)
-                    rows.ledger.append((pos << 1, ch, token, frm, n, ev.log_index, f"-{amount}", pad_u256(new)))
+                    ledger_append((pos << 1, ch, token, frm, n, li, "-" + amount_text, str(new).zfill(PAD)))
                 if not burned:
                     key = (token, to)
                     old = balances.get(key)
                     if old is None:
-                        old = self._load_balance(key)
+                        old = load_balance(key)
                     new = old + amount
+                    if new > U256_MAX:
+                        raise IntegrityError(f"balance of {to} in token {token} would exceed uint256 at block {n}")
                     balances[key] = new
                     dirty_balances[key] = (new, n, ts)
-                    rows.ledger.append((pos << 1 | 1, ch, token, to, n, ev.log_index, str(amount), pad_u256(new)))
+                    ledger_append((pos << 1 | 1, ch, token, to, n, li, amount_text, str(new).zfill(PAD)))
                 if minted != burned and not ev.external:
                     state = self._token(token)
                     before = state["total_supply"]
@@ -391,8 +412,8 @@ class Store:
                     state["total_supply"] = after
                     block_tokens.add(token)
                     rows.actions.append((ch, token, "issuance" if minted else "redemption", n, bh, ev.transaction_hash,
-                                         ev.log_index, str(before), str(after),
-                                         json.dumps({"holder": to if minted else frm, "amount": str(amount)}), ts))
+                                         li, str(before), str(after),
+                                         dumps({"holder": to if minted else frm, "amount": amount_text}), ts))
             if ev.token_update:
                 self._apply_token_update(ev, ref, rows)
                 block_tokens.add(token)
@@ -480,6 +501,42 @@ class Store:
                 state[field] = value
             else:
                 raise ValueError(f"unknown holder state field {field!r} from event {ev.event_type}")
+
+    # ---- bulk loading ----------------------------------------------------------------------------
+
+    def in_bulk(self) -> bool:
+        return bool(self.conn.execute("SELECT 1 FROM meta WHERE key='bulk_load'").fetchall())
+
+    def begin_bulk(self) -> None:
+        """Drop the random-access secondary indexes for a long backfill (queries stay correct, slower)."""
+        if self.in_bulk():
+            return
+        try:
+            with self.conn:
+                self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('bulk_load', ?)", (str(time.time()),))
+                for name in BULK_INDEXES:
+                    self.conn.execute(f"DROP INDEX IF EXISTS {name}")
+        except apsw.Error as exc:
+            raise _db_error(exc, self.path, "writing") from None
+        log.info("bulk load: secondary indexes dropped until the backfill ends")
+
+    def end_bulk(self) -> None:
+        """(Re)build every index the schema defines; a no-op when all exist."""
+        defs = index_definitions(schema_sql())
+        have = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+        missing = [n for n in defs if n not in have]
+        if not missing and not self.in_bulk():
+            return
+        t0 = time.monotonic()
+        try:
+            with self.conn:
+                for name in missing:
+                    self.conn.execute(defs[name])
+                self.conn.execute("DELETE FROM meta WHERE key='bulk_load'")
+        except apsw.Error as exc:
+            raise _db_error(exc, self.path, "building indexes of") from None
+        if missing:
+            log.info("built index(es) %s in %.1fs", ", ".join(missing), time.monotonic() - t0)
 
     def record_verify(self, result: dict) -> None:
         """Keep the outcome of a self-audit (the daemon's periodic verify)."""

@@ -42,14 +42,34 @@ def parse_log(d: dict) -> RawLog:
         raise RpcGarbage(f"malformed log object ({type(exc).__name__}: {exc})") from None
 
 
+def _is_lower(d: dict) -> bool:
+    return all(v == v.lower() for v in (d["address"], d["data"], d["blockHash"], d["transactionHash"],
+                                          *d["topics"]))
+
+
 def parse_logs(items: Any) -> list[RawLog]:
+    """eth_getLogs answer -> RawLogs. Nodes write hex in lower case (geth, erigon, nethermind, reth, anvil);
+    checked on the first log of each answer (one serializer does not mix cases), else every log is lowered."""
     if not isinstance(items, list):
         raise RpcGarbage(f"eth_getLogs returned {type(items).__name__}, expected a list")
-    out = [parse_log(d) for d in items]
-    for d in items:
-        if d.get("removed"):
-            raise RpcInconsistent("eth_getLogs returned a removed log: the chain reorganised during the query")
-    return out
+    if not items:
+        return []
+    try:
+        if not _is_lower(items[0]):
+            out = [parse_log(d) for d in items]
+            if any(d.get("removed") for d in items):
+                raise RpcInconsistent("eth_getLogs returned a removed log: the chain reorganised during the query")
+            return out
+        out = []
+        append = out.append
+        for d in items:
+            if d.get("removed"):
+                raise RpcInconsistent("eth_getLogs returned a removed log: the chain reorganised during the query")
+            append(RawLog(d["address"], tuple(d["topics"]), d["data"], int(d["blockNumber"], 16), d["blockHash"],
+                          d["transactionHash"], int(d["transactionIndex"], 16), int(d["logIndex"], 16)))
+        return out
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise RpcGarbage(f"malformed log object ({type(exc).__name__}: {exc})") from None
 
 
 class EvmSource:
