@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal, localcontext
+from functools import lru_cache
 
 U256_MAX = (1 << 256) - 1
 PAD = 78  # digits of 2**256 - 1
@@ -47,18 +48,28 @@ def multiplier_in_force(base: str, next_: str | None, effective_at: int | None, 
     return base
 
 
+@lru_cache(maxsize=1024)
+def _ratio(multiplier: str) -> tuple[int, int]:
+    return Decimal(multiplier).as_integer_ratio()
+
+
 def scale(amount: int, multiplier: str) -> int:
-    """Split-adjusted amount in raw units, rounded down (ERC-8056's integer rule raw*m/1e18)."""
-    with localcontext() as ctx:
-        ctx.prec = 120
-        return int(Decimal(amount) * Decimal(multiplier))
+    """Split-adjusted amount in raw units, rounded down (ERC-8056's integer rule raw*m/1e18).
+    Exact: the multiplier's decimal text is an exact ratio of integers."""
+    num, den = _ratio(multiplier)
+    return amount * num // den
 
 
 def share(part: int, whole: int, places: int = 18) -> str:
-    """part/whole as exact-as-possible decimal text (rounded half-even to `places` decimals)."""
+    """part/whole as decimal text rounded half-even to `places` decimals, in integers (exact, and fast
+    enough for 20,000 holders)."""
     if whole <= 0:
         return "0"
-    with localcontext() as ctx:
-        ctx.prec = 120
-        q = (Decimal(part) / Decimal(whole)).quantize(Decimal(1).scaleb(-places))
-        return decimal_text(q)
+    q, r = divmod(part * 10**places, whole)
+    if 2 * r > whole or (2 * r == whole and q % 2):
+        q += 1
+    if q == 0:
+        return "0"
+    digits = str(q).rjust(places + 1, "0")
+    whole_part, frac = digits[:-places], digits[-places:].rstrip("0")
+    return f"{whole_part}.{frac}" if frac else whole_part

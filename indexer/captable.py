@@ -30,7 +30,8 @@ def to_checksum(address: str) -> str:
         return cached
     body = address[2:].lower()
     digest = keccak(body.encode()).hex()
-    out = "0x" + "".join(c.upper() if c.isalpha() and int(digest[i], 16) >= 8 else c for i, c in enumerate(body))
+    # upper-case a letter where the hash's nibble at the same position is >= 8
+    out = "0x" + "".join([c.upper() if h in "89abcdef" else c for c, h in zip(body, digest)])
     if len(_CHECKSUM_CACHE) < 1_000_000:
         _CHECKSUM_CACHE[address] = out
     return out
@@ -140,7 +141,7 @@ def captable(conn: apsw.Connection, chain: str, token: str, at_block: int | None
 
 def render(table: dict[str, Any], fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(table, indent=2)
+        return json.dumps(table, separators=(",", ":")) + "\n"  # compact: the C encoder (indent is pure Python)
     if fmt == "csv":
         out = io.StringIO()
         w = csv.writer(out)

@@ -48,7 +48,7 @@ class ChainConfig(_Strict):
     stall_timeout: float = Field(default=30.0, gt=0)
     request_timeout: float = Field(default=30.0, gt=0)
     # eth_getLogs range control (blocks); the range adapts between 1 and max_getlogs_range
-    initial_getlogs_range: int = Field(default=2_000, ge=1)
+    initial_getlogs_range: int = Field(default=100, ge=1)
     max_getlogs_range: int = Field(default=100_000, ge=1)
     fetch_concurrency: int = Field(default=2, ge=1, le=32)
     verify_interval: float = Field(default=0.0, ge=0, description="seconds between self-audits; 0 = off")

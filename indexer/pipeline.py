@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TAIL_WINDOW = 64          # blocks fetched with headers per step near the head
 BACKFILL_ATTEMPTS = 5     # `backfill` gives up after this many failed attempts in a row without progress
-COMMIT_ITEMS = 40_000     # deep history: logs (or blocks) gathered before one commit
+COMMIT_ITEMS = 25_000     # deep history: logs (or blocks) gathered before one commit
 BULK_AFTER_ITEMS = 100_000  # a backfill this long drops random-access indexes until it ends
 FINALIZED_REFRESH = 5.0   # seconds between `finalized` look-ups
 
