@@ -148,7 +148,7 @@ class Store:
                 raise DatabaseError(f"cannot enable WAL on {self.path} (journal mode {mode})",
                                     hint="put the database on a local filesystem")
             self.conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            self.conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
+            self.conn.execute("PRAGMA cache_size=-32768")  # 32 MiB page cache: appends need little; RSS target 300 MB
             migrations.migrate(self.conn, schema_sql(), self.path)
             self._check_meta()
             self.end_bulk()  # a bulk load cut short (kill -9) gets its indexes back now
