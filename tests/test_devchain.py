@@ -107,7 +107,7 @@ def test_compile_reproduces_committed_artifacts(tmp_path):
     )
     committed = sorted(p.name for p in dc.ARTIFACTS_DIR.glob("*.json"))
     assert sorted(p.name for p in tmp_path.glob("*.json")) == committed == [
-        "SampleIdentityRegistry.json", "SampleSecurityToken.json",
+        "BenchToken.json", "SampleIdentityRegistry.json", "SampleSecurityToken.json",
     ]
     for name in committed:
         rebuilt = json.loads((tmp_path / name).read_text())
