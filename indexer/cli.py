@@ -68,6 +68,9 @@ def guarded(fn):
 @click.pass_context
 def main(click_ctx: click.Context, config_path, log_level, log_format) -> None:
     """Cap-table indexer for tokenized securities (EVM and Solana) into SQLite."""
+    if click_ctx.invoked_subcommand in ("run", "backfill"):
+        from indexer.daemon import install_early_signal_handlers
+        install_early_signal_handlers()  # as early as we can: a stop during start-up still exits 0
     click_ctx.obj = Ctx(config_path, log_level.upper() if log_level else None, log_format)
 
 

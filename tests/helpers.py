@@ -104,8 +104,19 @@ class Daemon:
         self._log.flush()
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
+    def wait_started(self, timeout: float = 20.0) -> None:
+        """Until the daemon logged its start (its signal handlers are in place by then) or exited."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            self._log.flush()
+            if "starting on" in self.log_path.read_text(errors="replace"):
+                return
+            time.sleep(0.05)
+
     def terminate(self, timeout: float = 20.0) -> int:
         if self.proc.poll() is None:
+            # a signal in the first milliseconds of the interpreter meets Python's default handler
+            self.wait_started()
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
