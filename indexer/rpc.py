@@ -78,6 +78,17 @@ def classify_error(method: str, code: int | None, message: str, data: Any = None
     return RpcServerError(f"node error {code} ({where})", method=method, code=code, retry_after=retry_after)
 
 
+def _result(method: str, reply: Any) -> Any:
+    """The `result` of one JSON-RPC reply, or the classified error it carries."""
+    if not isinstance(reply, dict):
+        raise RpcGarbage(f"{method}: reply is not a JSON-RPC object", method=method)
+    if "error" in reply:
+        raise _error_from_reply(method, reply)
+    if "result" not in reply:
+        raise RpcGarbage(f"{method}: reply without result", method=method)
+    return reply["result"]
+
+
 def _error_from_reply(method: str, reply: dict) -> RpcError:
     err = reply.get("error")
     if not isinstance(err, dict):
@@ -197,15 +208,13 @@ class WsRpc:
         try:
             await self._ws.send(json.dumps({"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []}))
             reply = await asyncio.wait_for(fut, timeout or self.timeout)
-            if "error" in reply:
-                err = _error_from_reply(method, reply)
+            try:
+                result = _result(method, reply)
+            except RpcError as err:
                 outcome = type(err).__name__
-                raise err
-            if "result" not in reply:
-                outcome = "garbage"
-                raise RpcGarbage(f"{method}: reply without result", method=method)
+                raise
             outcome = "ok"
-            return reply["result"]
+            return result
         except asyncio.TimeoutError:
             outcome = "timeout"
             raise RpcTransportError(f"{method}: no answer within {timeout or self.timeout:.0f}s from "
@@ -237,16 +246,11 @@ class WsRpc:
         try:
             await self._ws.send(json.dumps(payload))
             replies = await asyncio.wait_for(asyncio.gather(*futs), timeout or self.timeout)
-            out = []
-            for (method, _), reply in zip(calls, replies):
-                if "error" in reply:
-                    err = _error_from_reply(method, reply)
-                    outcome = type(err).__name__
-                    raise err
-                if "result" not in reply:
-                    outcome = "garbage"
-                    raise RpcGarbage(f"{method}: reply without result", method=method)
-                out.append(reply["result"])
+            try:
+                out = [_result(method, reply) for (method, _), reply in zip(calls, replies)]
+            except RpcError as err:
+                outcome = type(err).__name__
+                raise
             outcome = "ok"
             return out
         except asyncio.TimeoutError:
@@ -358,15 +362,9 @@ class HttpRpc:
     async def request(self, method: str, params: list | None = None, **_: Any) -> Any:
         rid = next(self._ids)
         reply = await self._call(method, {"jsonrpc": "2.0", "id": rid, "method": method, "params": params or []})
-        if not isinstance(reply, dict):
-            raise RpcGarbage(f"{method}: reply is not a JSON-RPC object", method=method)
-        if reply.get("id") != rid:
+        if isinstance(reply, dict) and reply.get("id") != rid:
             raise RpcGarbage(f"{method}: reply carries id {reply.get('id')!r}, request had {rid}", method=method)
-        if "error" in reply:
-            raise _error_from_reply(method, reply)
-        if "result" not in reply:
-            raise RpcGarbage(f"{method}: reply without result", method=method)
-        return reply["result"]
+        return _result(method, reply)
 
     async def batch(self, calls: list[tuple[str, list]], **_: Any) -> list[Any]:
         if not calls:
@@ -378,15 +376,10 @@ class HttpRpc:
                 raise _error_from_reply(calls[0][0], replies)
             raise RpcGarbage(f"batch of {calls[0][0]}: reply is not a list", method=calls[0][0])
         by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
-        out = []
-        for i, (method, _) in enumerate(calls):
-            r = by_id.get(i)
-            if r is None:
-                raise RpcGarbage(f"batch: no reply for {method} #{i}", method=method)
-            if "error" in r:
-                raise _error_from_reply(method, r)
-            out.append(r.get("result"))
-        return out
+        missing = [i for i in range(len(calls)) if i not in by_id]
+        if missing:
+            raise RpcGarbage(f"batch: no reply for {calls[missing[0]][0]} #{missing[0]}", method=calls[missing[0]][0])
+        return [_result(method, by_id[i]) for i, (method, _) in enumerate(calls)]
 
     async def close(self) -> None:
         """Close idle connections. The next request (a new session) starts a fresh pool; connections still

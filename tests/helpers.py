@@ -235,3 +235,18 @@ def metric_value(text: str, name: str) -> float:
     if not found:
         raise AssertionError(f"metric {name} not in scrape")
     return total
+
+
+def sample_tokens() -> list[dict]:
+    import devchain
+    return [{"address": devchain.SAMPLE_TOKEN_ADDRESS, "profile": "erc3643"}]
+
+
+def funded_sample(w3):
+    """The sample token deployed, its investors registered and issued to; returns the deployment."""
+    import devchain
+    d = devchain.deploy_sample(w3)
+    steps = devchain.sample_steps(w3, d)
+    for _ in devchain.run_steps(w3, [s for s in steps if s.name in ("register_investors", "issue")]):
+        pass
+    return d

@@ -12,11 +12,7 @@ from pathlib import Path
 import pytest
 
 import devchain
-from helpers import Daemon, Load, assert_same_db, cli, db_cursor, write_config
-
-
-def sample_tokens():
-    return [{"address": devchain.SAMPLE_TOKEN_ADDRESS, "profile": "erc3643"}]
+from helpers import Daemon, Load, assert_same_db, cli, db_cursor, funded_sample, sample_tokens, write_config
 
 
 @pytest.fixture
@@ -36,10 +32,7 @@ def small_fs(tmp_path):
 def busy_chain():
     with devchain.Anvil() as anvil:
         w3 = devchain.connect(anvil.http_url)
-        d = devchain.deploy_sample(w3)
-        steps = devchain.sample_steps(w3, d)
-        for _ in devchain.run_steps(w3, [s for s in steps if s.name in ("register_investors", "issue")]):
-            pass
+        d = funded_sample(w3)
         Load(w3, d, seed=9).blocks(120, per_block=25)  # ~3,000 events: several MiB of database
         yield anvil, w3
 

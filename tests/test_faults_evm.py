@@ -12,13 +12,11 @@ import time
 import pytest
 
 import devchain
-from helpers import Daemon, Load, assert_same_db, cli, dump, free_port, metric_value, scrape, write_config
+from helpers import (Daemon, Load, assert_same_db, cli, dump, free_port, funded_sample, metric_value, sample_tokens,
+                     scrape, write_config)
 
 MAX_DEPTH = 8
 
-
-def sample_tokens():
-    return [{"address": devchain.SAMPLE_TOKEN_ADDRESS, "profile": "erc3643"}]
 
 
 @pytest.fixture
@@ -26,10 +24,7 @@ def funded_chain():
     """anvil with the sample token deployed, investors registered and issued to."""
     with devchain.Anvil() as anvil:
         w3 = devchain.connect(anvil.http_url)
-        d = devchain.deploy_sample(w3)
-        steps = devchain.sample_steps(w3, d)
-        for _ in devchain.run_steps(w3, [s for s in steps if s.name in ("register_investors", "issue")]):
-            pass
+        d = funded_sample(w3)
         yield anvil, w3, d
 
 

@@ -4,6 +4,7 @@ real CLI and daemon processes, compared with the chain's own balanceOf/totalSupp
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import apsw
@@ -239,3 +240,23 @@ def test_daemon_audits_itself_every_verify_interval(tmp_path):
         runs = conn.execute("SELECT block_number, holders_checked, mismatches FROM verify_runs").fetchall()
         conn.close()
         assert runs and all(r[2] == 0 and r[1] >= 50 for r in runs)
+
+
+def test_backfill_progress_bar_on_a_terminal_log_lines_otherwise(chain, tmp_path):
+    tokens = tokens_config(chain["sample"], chain["trex"])
+    head = str(chain["head"])
+    bar_cfg = write_config(tmp_path / "bar.toml", ws_url=chain["anvil"].ws_url, http_url=chain["anvil"].http_url,
+                           tokens=tokens, db=tmp_path / "bar.db")
+    bar = cli(bar_cfg, "backfill", "--from", "0", "--to", head, "--progress")
+    # (text mode turns the bar's carriage returns into newlines)
+    assert re.search(r"\[[#.]{30}\] block \d+/" + head + r" .*events/s  ETA", bar.stderr), bar.stderr
+    log_cfg = write_config(tmp_path / "log.toml", ws_url=chain["anvil"].ws_url, http_url=chain["anvil"].http_url,
+                           tokens=tokens, db=tmp_path / "log.db")
+    plain = cli(log_cfg, "backfill", "--from", "0", "--to", head, "--no-progress")
+    lines = [json.loads(line) for line in plain.stderr.splitlines() if line.startswith("{")]
+    progress = [line for line in lines if line["msg"].startswith("backfill at block")]
+    assert progress and "events/s" in progress[0]["msg"] and "ETA" in progress[0]["msg"]
+    assert progress[0]["chain"] == "devchain" and "block_number" in progress[0]
+    assert not re.search(r"\[[#.]{30}\]", plain.stderr)
+    summary = json.loads(plain.stdout)
+    assert summary["indexed_to"] == chain["head"] and summary["events"] > 100
