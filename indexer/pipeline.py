@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -48,7 +49,7 @@ class Progress:
     started: float = 0.0
 
 
-class Pipeline:
+class Pipeline(ABC):
     def __init__(self, cfg: Config, source, fetcher, store: Store, worker: StoreWorker, metrics=None,
                  heartbeat: Callable[[], None] | None = None, on_progress: Callable[["Pipeline"], None] | None = None):
         self.cfg = cfg
@@ -92,8 +93,9 @@ class Pipeline:
     def fetch_args(self) -> tuple:
         return ()
 
+    @abstractmethod
     async def decode(self, raws: list[RawBlock]) -> list[DecodedBlock]:
-        raise NotImplementedError  # every chain's pipeline defines it
+        """Raw blocks -> decoded blocks (each chain's pipeline brings its decoder)."""
 
     # ---- setup ---------------------------------------------------------------------------------
 
