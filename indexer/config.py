@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from indexer.errors import ConfigError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASS|AUTH|CRED", re.IGNORECASE)
 _EVM_ADDRESS = re.compile(r"^0x[0-9a-fA-F]{40}$")
 _BASE58 = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,44}$")
 
@@ -180,7 +181,10 @@ def _interpolate(value: Any, path: str, secrets: list[str]) -> Any:
                 raise ConfigError(f"config key {path}: environment variable ${{{name}}} is not set",
                                   hint=f"export {name}=... or write ${{{name}:-default}}")
             return default
-        if len(env) >= 4:
+        # a secret: named like one, or a piece of a longer value (an API key in a URL's path or query).
+        # A variable that is a whole value (a database path, a local node's URL) stays readable in logs;
+        # secrets inside whole URLs are hidden by the URL redactor anyway.
+        if len(env) >= 4 and (_SECRET_NAME.search(name) or m.group(0) != value):
             secrets.append(env)
         return env
 

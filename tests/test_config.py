@@ -73,6 +73,19 @@ def test_env_interpolation(monkeypatch):
     assert cfg.secrets == ("s3cretKey123",)  # only values taken from the environment are secrets
 
 
+def test_only_secret_looking_or_embedded_values_are_secrets(monkeypatch):
+    monkeypatch.setenv("IDX_TEST_DB", "/var/lib/indexer/x.db")
+    monkeypatch.setenv("IDX_TEST_WS", "ws://127.0.0.1:8545")
+    monkeypatch.setenv("IDX_TEST_API_KEY", "abcd1234efgh5678")
+    monkeypatch.setenv("IDX_TEST_PART", "k3yInAPath9")
+    cfg = parse_config(base(database={"path": "${IDX_TEST_DB}"},
+                            chain={"ws_url": "${IDX_TEST_WS}", "http_url": "https://h.example.com/${IDX_TEST_PART}"},
+                            metrics={"listen": "127.0.0.1:9108"},
+                            tokens=[{"address": TOKEN, "label": "${IDX_TEST_API_KEY}"}]))
+    # whole values (a path, a local URL) stay readable; a KEY-named value and a piece of a URL are secrets
+    assert set(cfg.secrets) == {"abcd1234efgh5678", "k3yInAPath9"}
+
+
 def test_env_default_may_be_empty_and_empty_var_uses_default(monkeypatch):
     monkeypatch.setenv("IDX_TEST_EMPTY", "")
     cfg = parse_config(base(chain={"ws_url": "ws://127.0.0.1:8545", "http_url": "${IDX_TEST_EMPTY:-}"}))
