@@ -30,18 +30,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_indexed(env: dict, block: int, timeout: float = 60.0) -> dict:
+def wait_indexed(env: dict, block: int, timeout: float = 60.0, indexer: list[str] = INDEXER,
+                 unit: str = "block") -> dict:
+    """Until `indexer status` shows the cursor at `block` (a slot on Solana); shared by both demos."""
     deadline = time.monotonic() + timeout
     status: dict = {}
     while time.monotonic() < deadline:
-        out = subprocess.run(INDEXER + ["status", "--format", "json", "--no-node"], env=env, capture_output=True,
+        out = subprocess.run(indexer + ["status", "--format", "json", "--no-node"], env=env, capture_output=True,
                              text=True, timeout=30)
         if out.returncode == 0:
             status = json.loads(out.stdout)
             if (status.get("cursor") or {}).get("block_number", -1) >= block:
                 return status
         time.sleep(0.3)
-    raise SystemExit(f"demo: the indexer did not reach block {block} within {timeout:.0f}s (status {status})")
+    raise SystemExit(f"demo: the indexer did not reach {unit} {block} within {timeout:.0f}s (status {status})")
 
 
 def main() -> int:

@@ -14,7 +14,6 @@ import json
 import os
 import selectors
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,16 +21,12 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
+from demo import free_port, wait_indexed  # the EVM demo's helpers (scripts/ is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "scripts" / "configs" / "solana-localnet.toml"
 INDEXER = [sys.executable, "-m", "indexer", "--config", str(CONFIG)]
 SPLIT_DELAY = 30  # seconds between scheduling the split and its effective time (the demo then jumps the clock)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_node() -> tuple[subprocess.Popen, dict]:
@@ -54,20 +49,6 @@ def rpc(url: str, method: str, *params: object) -> object:
     if "error" in reply:
         raise SystemExit(f"demo: {method} failed: {reply['error']}")
     return reply["result"]
-
-
-def wait_indexed(env: dict, slot: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    status: dict = {}
-    while time.monotonic() < deadline:
-        out = subprocess.run(INDEXER + ["status", "--format", "json", "--no-node"], env=env, capture_output=True,
-                             text=True, timeout=30)
-        if out.returncode == 0:
-            status = json.loads(out.stdout)
-            if (status.get("cursor") or {}).get("block_number", -1) >= slot:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"demo: the indexer did not reach slot {slot} within {timeout:.0f}s (status {status})")
 
 
 def stop(proc: subprocess.Popen | None, name: str) -> None:
@@ -138,7 +119,7 @@ def main() -> int:
         what = f"clock moved: the split is in force from unix time {effective}"
         print(f"  slot {produced[0]:>4}  {'(clock)':<20} {what:<62} ok")
         confirmed = rpc(http, "localnet_status")["confirmed"]
-        wait_indexed(env, confirmed)
+        wait_indexed(env, confirmed, indexer=INDEXER, unit="slot")
         table = subprocess.run(INDEXER + ["captable", "--token", mint], env=env, capture_output=True, text=True,
                                timeout=60)
         print()
