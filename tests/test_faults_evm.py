@@ -9,23 +9,12 @@ import random
 import threading
 import time
 
-import pytest
 
 import devchain
-from helpers import (Daemon, Load, assert_same_db, cli, dump, free_port, funded_sample, metric_value, sample_tokens,
+from helpers import (Daemon, Load, assert_same_db, cli, dump, free_port, metric_value, sample_tokens,
                      scrape, write_config)
 
 MAX_DEPTH = 8
-
-
-
-@pytest.fixture
-def funded_chain():
-    """anvil with the sample token deployed, investors registered and issued to."""
-    with devchain.Anvil() as anvil:
-        w3 = devchain.connect(anvil.http_url)
-        d = funded_sample(w3)
-        yield anvil, w3, d
 
 
 def backfill_equals(anvil, w3, db, tmp_path, name="ref"):

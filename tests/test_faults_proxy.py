@@ -10,21 +10,11 @@ import threading
 import time
 
 import apsw
-import pytest
 
 import devchain
 from faultproxy import FaultProxy
-from helpers import (Daemon, Load, assert_same_db, cli, free_port, funded_sample, metric_value, sample_tokens, scrape,
+from helpers import (Daemon, Load, assert_same_db, cli, free_port, metric_value, sample_tokens, scrape,
                      write_config)
-
-
-
-@pytest.fixture
-def funded_chain():
-    with devchain.Anvil() as anvil:
-        w3 = devchain.connect(anvil.http_url)
-        d = funded_sample(w3)
-        yield anvil, w3, d
 
 
 def equals_fault_free_backfill(anvil, w3, db, tmp_path):
